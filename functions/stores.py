@@ -1,0 +1,202 @@
+"""Where the functions keep what they save: Cloud Storage and Firestore, or, with
+LOCAL_DATA_DIR set, plain files that keep exactly the same layout.
+
+Objects: `gcs/<bucket>/<object name>`. Documents: `firestore/<collection>/<id>.json`.
+Both local stores are safe under concurrent requests and across processes: an
+object is created with a hard link (which fails if the name exists, so a create is
+create-only and atomic), a document is merged under a file lock and replaced
+atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+# Storage writes retry with the client library's own truncated exponential backoff
+# (google.api_core.retry: 1 s doubling to 60 s, with jitter). A create-only upload
+# (if_generation_match=0) is safe to retry, so it may use the default policy; the
+# whole retry is bounded so that the caller's request does not outlive its timeout.
+DEFAULT_RETRY_DEADLINE_S = 30.0
+
+
+class StoreUnavailable(RuntimeError):
+    """A write failed for a reason that may pass: the caller should retry."""
+
+
+class ObjectStore(Protocol):
+    def create(self, bucket: str, name: str, data: bytes) -> bool:
+        """Create the object; False if it already existed. Never overwrites."""
+
+
+class DocumentStore(Protocol):
+    def merge(self, collection: str, documents: dict[str, dict[str, Any]]) -> None:
+        """Merge each document into the collection, as set(merge=True) does."""
+
+
+class GcsObjectStore:
+    """Cloud Storage, through google-cloud-storage (or fake-gcs-server locally)."""
+
+    def __init__(
+        self, project: str | None, retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S
+    ) -> None:
+        from google.api_core import exceptions
+        from google.cloud import storage
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        self._client = storage.Client(project=project)
+        self._buckets: dict[str, storage.Bucket] = {}
+        self._retry = DEFAULT_RETRY.with_deadline(retry_deadline_s)
+        self._precondition_failed = exceptions.PreconditionFailed
+        self._api_error = exceptions.GoogleAPIError
+
+    def create(self, bucket: str, name: str, data: bytes) -> bool:
+        # Client.bucket() only builds a handle: no API call per item.
+        handle = self._buckets.get(bucket)
+        if handle is None:
+            handle = self._buckets.setdefault(bucket, self._client.bucket(bucket))
+
+        blob = handle.blob(name)
+        try:
+            blob.upload_from_string(
+                data,
+                content_type="application/json",
+                if_generation_match=0,
+                retry=self._retry,
+            )
+        except self._precondition_failed:
+            return False
+        except (self._api_error, OSError) as error:
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+        return True
+
+
+class FirestoreDocumentStore:
+    """Firestore in native mode, through google-cloud-firestore (or its emulator)."""
+
+    def __init__(self, project: str | None) -> None:
+        from google.api_core import exceptions
+        from google.cloud import firestore
+
+        self._client = firestore.Client(project=project)
+        self._api_error = exceptions.GoogleAPIError
+
+    def merge(self, collection: str, documents: dict[str, dict[str, Any]]) -> None:
+        # One batch per call: the callers never pass more than Firestore's 500
+        # writes per batch.
+        batch = self._client.batch()
+        for document_id, fields in documents.items():
+            batch.set(
+                self._client.collection(collection).document(document_id),
+                fields,
+                merge=True,
+            )
+        try:
+            batch.commit()
+        except self._api_error as error:
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+class LocalObjectStore:
+    """Objects as files under DATA_DIR/gcs/<bucket>/<object name>."""
+
+    def __init__(self, data_dir: Path, fsync: bool = False) -> None:
+        self._root = data_dir / "gcs"
+        self._fsync = fsync
+
+    def create(self, bucket: str, name: str, data: bytes) -> bool:
+        path = self._root / bucket / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _create_only(path, data, self._fsync)
+        except OSError as error:
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+class LocalDocumentStore:
+    """Documents as JSON files under DATA_DIR/firestore/<collection>/<id>.json."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._root = data_dir / "firestore"
+
+    def merge(self, collection: str, documents: dict[str, dict[str, Any]]) -> None:
+        folder = self._root / collection
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with _locked(folder / ".lock"):
+                for document_id, fields in documents.items():
+                    path = folder / f"{document_id}.json"
+                    current = json.loads(path.read_bytes()) if path.exists() else {}
+                    merged = deep_merge(current, fields)
+                    _replace(path, json.dumps(merged, default=_json_default).encode())
+        except OSError as error:
+            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+def deep_merge(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Fields of update win; maps present in both are merged, as Firestore does."""
+    merged = dict(current)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _create_only(path: Path, data: bytes, fsync: bool) -> bool:
+    # Write a private temporary file, then link it to the final name: link() fails
+    # when the name exists, so two concurrent creates have exactly one winner and a
+    # reader never sees a half-written object.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            if fsync:
+                file.flush()
+                os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
