@@ -16,7 +16,7 @@ $(BIN)/.installed: requirements.txt functions/requirements.txt
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/python -m localrun $(ARGS)
+	$(BIN)/python -m standin.localrun $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
