@@ -19,7 +19,6 @@ MAX_BODY_BYTES, STORAGE_RETRY_SECONDS, REPORT_FOLD_SECONDS, REPORT_MAX_AGE_SECON
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime
 import functools
 import json
@@ -65,9 +64,6 @@ BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{1,220}[a-z0-9]")
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 ITEM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 PROFILE_ID = re.compile(r"[1-9][0-9]{0,17}")
-
-# Concurrent writes of one chunk; the storage client's connection pool holds 10.
-WRITE_THREADS = 10
 
 
 @dataclass(frozen=True)
@@ -181,13 +177,6 @@ def document_store() -> stores.DocumentStore:
     if SETTINGS.local_data_dir:
         return stores.LocalDocumentStore(SETTINGS.local_data_dir)
     return stores.FirestoreDocumentStore(SETTINGS.project)
-
-
-@functools.cache
-def write_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(
-        WRITE_THREADS, thread_name_prefix="write"
-    )
 
 
 @functools.cache
@@ -375,23 +364,20 @@ def _stream_item(index: int, raw: bytes, label: str, received_ms: int) -> Stream
 
 
 def _store_items(bucket: str, items: list[StreamItem]) -> tuple[int, int, list[str]]:
-    """Create every item concurrently: (stored, already stored, failures)."""
-    store = object_store()
-    futures = [
-        write_pool().submit(store.create, bucket, item.object_name, item.raw)
-        for item in items
-    ]
+    """Create every item: (stored, already stored, failures)."""
+    results = object_store().create_all(
+        bucket, [(item.object_name, item.raw) for item in items]
+    )
 
     stored = already_stored = 0
     failures: list[str] = []
-    for item, future in zip(items, futures, strict=True):
-        try:
-            if future.result():
-                stored += 1
-            else:
-                already_stored += 1
-        except stores.StoreUnavailable as error:
-            failures.append(f"{item.object_name}: {error}")
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, stores.StoreUnavailable):
+            failures.append(f"{item.object_name}: {result}")
+        elif result:
+            stored += 1
+        else:
+            already_stored += 1
     return stored, already_stored, failures
 
 

@@ -10,9 +10,11 @@ atomically.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 # (if_generation_match=0) is safe to retry, so it may use the default policy; the
 # whole retry is bounded so that the caller's request does not outlive its timeout.
 DEFAULT_RETRY_DEADLINE_S = 30.0
+# The storage client's connection pool holds 10 connections.
+UPLOAD_THREADS = 10
 
 
 class StoreUnavailable(RuntimeError):
@@ -35,8 +39,11 @@ class StoreUnavailable(RuntimeError):
 
 
 class ObjectStore(Protocol):
-    def create(self, bucket: str, name: str, data: bytes) -> bool:
-        """Create the object; False if it already existed. Never overwrites."""
+    def create_all(
+        self, bucket: str, objects: list[tuple[str, bytes]]
+    ) -> list[bool | StoreUnavailable]:
+        """Create each (name, data) object, create-only: for each, True if it was
+        created, False if it existed already (never overwritten), or the error."""
 
 
 class DocumentStore(Protocol):
@@ -59,6 +66,25 @@ class GcsObjectStore:
         self._retry = DEFAULT_RETRY.with_deadline(retry_deadline_s)
         self._precondition_failed = exceptions.PreconditionFailed
         self._api_error = exceptions.GoogleAPIError
+        # Uploads of one chunk run concurrently, as many as the client's
+        # connection pool holds.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            UPLOAD_THREADS, thread_name_prefix="upload"
+        )
+
+    def create_all(
+        self, bucket: str, objects: list[tuple[str, bytes]]
+    ) -> list[bool | StoreUnavailable]:
+        futures = [
+            self._pool.submit(self.create, bucket, name, data) for name, data in objects
+        ]
+        results: list[bool | StoreUnavailable] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except StoreUnavailable as error:
+                results.append(error)
+        return results
 
     def create(self, bucket: str, name: str, data: bytes) -> bool:
         # Client.bucket() only builds a handle: no API call per item.
@@ -113,13 +139,31 @@ class LocalObjectStore:
     def __init__(self, data_dir: Path, fsync: bool = False) -> None:
         self._root = data_dir / "gcs"
         self._fsync = fsync
+        self._folders: set[Path] = set()
+
+    def create_all(
+        self, bucket: str, objects: list[tuple[str, bytes]]
+    ) -> list[bool | StoreUnavailable]:
+        # One after the other: a local file is created in microseconds, and
+        # threads would only add their own overhead.
+        results: list[bool | StoreUnavailable] = []
+        for name, data in objects:
+            try:
+                results.append(self.create(bucket, name, data))
+            except StoreUnavailable as error:
+                results.append(error)
+        return results
 
     def create(self, bucket: str, name: str, data: bytes) -> bool:
         path = self._root / bucket / name
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._folders.add(path.parent)
             return _create_only(path, data, self._fsync)
         except OSError as error:
+            # A folder removed behind our back is made again on the next try.
+            self._folders.discard(path.parent)
             raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
 
 
@@ -160,17 +204,23 @@ def _json_default(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_temporary_names = itertools.count()
+
+
 def _create_only(path: Path, data: bytes, fsync: bool) -> bool:
     # Write a private temporary file, then link it to the final name: link() fails
     # when the name exists, so two concurrent creates have exactly one winner and a
-    # reader never sees a half-written object.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    # reader never sees a half-written object. The temporary name is unique to
+    # this process and call (itertools.count is atomic under the GIL).
+    temporary = path.parent / f".tmp-{os.getpid()}-{next(_temporary_names)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+        try:
+            _write_all(fd, data)
             if fsync:
-                file.flush()
-                os.fsync(file.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         try:
             os.link(temporary, path)
         except FileExistsError:
@@ -178,6 +228,12 @@ def _create_only(path: Path, data: bytes, fsync: bool) -> bool:
         return True
     finally:
         os.unlink(temporary)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _replace(path: Path, data: bytes) -> None:
