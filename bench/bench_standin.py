@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def read_and_count(port: int, label: str, items: int, timeout_s: float) -> dict:
     counted = 0
     carry = b""
     started = None
+    headers: bytes | None = b""
     while counted < items:
         size = sock.recv_into(view)
         if size == 0:
@@ -48,8 +50,16 @@ def read_and_count(port: int, label: str, items: int, timeout_s: float) -> dict:
         if started is None:
             started = time.perf_counter()
         received += size
-        # An item's end may straddle two reads: look at the last bytes again.
         window = carry + bytes(view[:size])
+        if headers is not None:
+            # The response headers end in CRLF CRLF, which holds ITEM_END too.
+            headers += window
+            if b"\r\n\r\n" not in headers:
+                carry = b""
+                continue
+            window = headers.split(b"\r\n\r\n", 1)[1]
+            headers = None
+        # An item's end may straddle two reads: look at the last bytes again.
         counted += window.count(ITEM_END)
         carry = window[-(len(ITEM_END) - 1) :]
         if window.endswith(ITEM_END):
@@ -99,13 +109,15 @@ def main() -> int:
         result = json.loads(reader.stdout)
         served = standin.stats()["streams"][args.label]["items_served"]
 
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rate = result["items"] / result["seconds"] if result["seconds"] else 0.0
     verdict = "meets" if rate >= TARGET_ITEMS_PER_S else "MISSES"
     print(
         f"bench_standin: {args.label}: {result['items']:,} items "
         f"({result['bytes'] / 1e6:,.0f} MB) read in {result['seconds']:.2f} s = "
         f"{rate:,.0f} items/s, {result['bytes'] / 1e6 / result['seconds']:,.0f} MB/s "
-        f"(served {served:,}; {verdict} the target of {TARGET_ITEMS_PER_S:,}/s)"
+        f"(served {served:,}, stand-in peak RSS {peak_mb:,.0f} MB; {verdict} the "
+        f"target of {TARGET_ITEMS_PER_S:,}/s)"
     )
     return 0 if result["items"] == args.items else 1
 

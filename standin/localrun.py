@@ -210,26 +210,12 @@ class LocalRun:
             )
 
     def write_config(self) -> Path:
-        """The trigger's config for this run, from config.example.json."""
-        config = json.loads((ROOT / "config.example.json").read_text())
-        config = _without_comments(config)
-        config["functions"] = {
-            target: self.functions[target].url
-            for target in ("save_stream_data", "save_member_data", "save_group_data")
-        }
-        config["bucket"] = BUCKET
-        config["collections"] = dict(COLLECTIONS)
-        config["streams"] = {
-            label: {
-                "url": f"{self.standin_url}/2/{label}"
-                + ("?trickle" if label == "open_venues" else ""),
-                "enabled": True,
-            }
-            for label in LABELS
-        }
-        config["state_dir"] = str(self.data_dir / "state")
-        config.setdefault("status", {})["interval_seconds"] = 2.0
-        config.setdefault("logging", {})["destination"] = "stdout"
+        """The trigger's config for this run."""
+        config = trigger_config(
+            self.standin_url,
+            {target: served.url for target, served in self.functions.items()},
+            self.data_dir / "state",
+        )
         path = self.data_dir / "config.json"
         path.write_text(json.dumps(config, indent=2) + "\n")
         return path
@@ -339,6 +325,31 @@ class LocalRun:
             emulator.stop()
 
 
+def trigger_config(
+    standin_url: str, function_urls: dict[str, str], state_dir: Path
+) -> dict[str, Any]:
+    """config.example.json with the stand-in's streams and the local functions."""
+    config = _without_comments(json.loads((ROOT / "config.example.json").read_text()))
+    config["functions"] = {
+        target: function_urls[target]
+        for target in ("save_stream_data", "save_member_data", "save_group_data")
+    }
+    config["bucket"] = BUCKET
+    config["collections"] = dict(COLLECTIONS)
+    config["streams"] = {
+        label: {
+            "url": f"{standin_url}/2/{label}"
+            + ("?trickle" if label == "open_venues" else ""),
+            "enabled": True,
+        }
+        for label in LABELS
+    }
+    config["state_dir"] = str(state_dir)
+    config.setdefault("status", {})["interval_seconds"] = 2.0
+    config.setdefault("logging", {})["destination"] = "stdout"
+    return config
+
+
 def _archive_to_bucket(bucket: Any) -> logsink.Deliver:
     def archive(entry: dict[str, Any]) -> None:
         log_name = entry["logName"].rsplit("/", 1)[-1]
@@ -430,7 +441,7 @@ def status_line(snapshot: dict[str, Any]) -> str:
         f"{profiles.get('members_stored', 0)} members, "
         f"{profiles.get('groups_stored', 0)} groups; errors "
         f"{sum(snapshot['errors'].values())}, Slack alerts "
-        f"{snapshot['standin'].get('slack', {}).get('accepted', 0)}"
+        f"{snapshot['standin'].get('slack', {}).get('messages', 0)}"
     )
 
 
@@ -469,7 +480,7 @@ def view_lines(snapshot: dict[str, Any]) -> list[str]:
         f"{profiles.get('profile_throttled', 0)})",
         f"errors logged: {sum(errors.values())}"
         + (f" ({', '.join(f'{k} {v}' for k, v in errors.items())})" if errors else "")
-        + f", Slack alerts: {snapshot['standin'].get('slack', {}).get('accepted', 0)}",
+        + f", Slack alerts: {snapshot['standin'].get('slack', {}).get('messages', 0)}",
     ]
     return lines
 
