@@ -96,6 +96,8 @@ class LocalRun:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every process of the run inherits this, so they can all be found by it.
+        os.environ["MEETUP_LOCAL_RUN"] = str(self.data_dir)
         self._start_standin()
         routes = self._start_storage()
         self.sink = logsink.LogSink(self.logs_dir, routes)

@@ -139,3 +139,24 @@ def test_the_read_back_command_refuses_paths_out_of_the_data(tmp_path: Path):
         collected.main(["--data-dir", str(tmp_path), "object", "../../secret.json"])
 
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_the_emulator_run_takes_the_cloud_code_paths(
+    tmp_path: Path, fake_gcs_session, firestore_session, pubsub_session
+):
+    # The session fixtures prove the emulators are installed (or skip, with the
+    # reason); the run starts its own.
+    data_dir = tmp_path / "data"
+
+    output = finish(start_local_run(data_dir, "--emulators", "--duration", "8"))
+
+    summary = json.loads((data_dir / "summary.json").read_text())
+    assert summary["trigger_exit_status"] == 0, output
+    assert all(s["stored"] > 0 for s in summary["streams"].values()), output
+    assert all(s["lost"] == 0 for s in summary["streams"].values()), output
+    assert summary["members_stored"] > 0
+    # The objects went to fake-gcs-server, not to local files.
+    assert not (data_dir / "gcs").exists()
+    assert processes_mentioning(str(data_dir)) == []
