@@ -38,7 +38,9 @@ def rsvp_chunk(start_id: int, size: int) -> bytes:
     return b"".join(json.dumps(item).encode() + b"\n" for item in items)
 
 
-def measure(url: str, chunks: int, chunk_size: int) -> dict[str, float]:
+def measure(
+    url: str, chunks: int, chunk_size: int, bucket: str = BUCKET
+) -> dict[str, float]:
     session = requests.Session()
     latencies = []
     started = time.perf_counter()
@@ -47,7 +49,7 @@ def measure(url: str, chunks: int, chunk_size: int) -> dict[str, float]:
         sent = time.perf_counter()
         answer = session.post(
             url,
-            params={"label": "rsvps", "bucket": BUCKET},
+            params={"label": "rsvps", "bucket": bucket},
             data=body,
             headers={"Content-Type": "application/x-ndjson"},
             timeout=60,

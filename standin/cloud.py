@@ -114,18 +114,45 @@ class Emulator:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
         logger.info("stopped %s on %s", self.name, self.address)
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group that `process` leads, and wait until every process
+    in it has gone (the Google emulators' Java child outlives its shell script);
+    SIGKILL what is left after timeout_s."""
+    group = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout_s)
+
+    while _group_alive(group):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            deadline = float("inf")  # SIGKILL cannot be refused: wait it out
+        time.sleep(0.02)
+    process.wait()
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the group is still running (zombies do not count)."""
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            fields = (
+                (Path("/proc") / proc / "stat").read_text().rsplit(")", 1)[1].split()
+            )
+        except OSError:
+            continue
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state != "Z":
+            return True
+    return False
 
 
 def _wait_until_ready(emulator: Emulator, probe_url: str) -> None:

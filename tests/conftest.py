@@ -8,6 +8,7 @@ emulator fails the test instead, so a broken fixture cannot hide behind a skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -34,6 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "PUBSUB_EMULATOR_HOST",
     ):
         os.environ.pop(variable, None)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """functions/main.py, loaded in-process, adds a handler to the root logger;
+    take it away again so that no test leaves one behind."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def _unavailable(error: cloud.EmulatorMissing) -> None:
