@@ -39,13 +39,14 @@ def rsvp_chunk(start_id: int, size: int) -> bytes:
 
 
 def measure(
-    url: str, chunks: int, chunk_size: int, bucket: str = BUCKET
+    url: str, chunks: int, chunk_size: int, bucket: str = BUCKET, first_id: int = 0
 ) -> dict[str, float]:
+    """Post chunks of new RSVPs, ids from first_id on, one after the other."""
     session = requests.Session()
     latencies = []
     started = time.perf_counter()
     for chunk in range(chunks):
-        body = rsvp_chunk(chunk * chunk_size, chunk_size)
+        body = rsvp_chunk(first_id + chunk * chunk_size, chunk_size)
         sent = time.perf_counter()
         answer = session.post(
             url,

@@ -1,9 +1,10 @@
 """Soak with chaos: the whole local system under random faults, then a count of
 what was served against what was stored.
 
-    .venv/bin/python -m bench.soak --duration 600 [--rate 20] [--fault-every 4]
+    .venv/bin/python -m bench.soak --duration 600 [--rate 20] [--rate rsvps=50]
+                                   [--fault-every 4]
 
-The stand-in serves every stream at --rate items/s for --duration seconds, then
+The stand-in serves each stream at its --rate items/s for --duration seconds, then
 goes quiet. Meanwhile, every --fault-every seconds on average, one fault strikes
 at random: a stream drops, stalls or refuses connections; a function restarts;
 save_stream_data answers a burst of 503s; another client uses up the Meetup key's
@@ -174,14 +175,17 @@ class Soak:
         self.functions: dict[str, ServedFunction] = {}
         self.function_env: dict[str, str] = {}
         self.stop_chaos = threading.Event()
-        self.max_items = max(1, int(args.rate * args.duration))
+        self.max_items = {
+            label: max(1, int(rate * args.duration))
+            for label, rate in args.rates.items()
+        }
         self.standin = StandIn(
             StandInConfig(
                 seed=args.seed,
                 api_key=API_KEY,
                 streams={
-                    label: StreamConfig(rate=args.rate, max_items=self.max_items)
-                    for label in LABELS
+                    label: StreamConfig(rate=rate, max_items=self.max_items[label])
+                    for label, rate in args.rates.items()
                 },
                 api=ApiConfig(limit=30, window_seconds=10.0),
                 slack=SlackConfig(log_file=data_dir / "alerts.jsonl"),
@@ -364,8 +368,8 @@ class Soak:
         started = time.monotonic()
         while time.monotonic() - started < CATCH_UP_TIMEOUT_S:
             generated = all(
-                s["generated"] >= self.max_items
-                for s in self.standin.stats()["streams"].values()
+                stream["generated"] >= self.max_items[label]
+                for label, stream in self.standin.stats()["streams"].items()
             )
             if generated and self.missing() == 0:
                 break
@@ -488,14 +492,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, default=60.0, help="seconds of faults"
     )
-    parser.add_argument("--rate", type=float, default=20.0, help="items/s per stream")
+    parser.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="[LABEL=]RATE",
+        help="items/s of every stream (default 20), or of one stream: "
+        "--rate 20 --rate rsvps=100 --rate open_venues=2",
+    )
     parser.add_argument(
         "--fault-every", type=float, default=4.0, help="mean seconds between faults"
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, help="default: a temporary folder")
     parser.add_argument("--json", type=Path, help="also write the report here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.rates = stream_rates(args.rate)
+    except ValueError as error:
+        parser.error(f"--rate: {error}")
+    return args
+
+
+def stream_rates(values: list[str], default: float = 20.0) -> dict[str, float]:
+    """Items/s per label from --rate values: a bare number sets every stream, and
+    LABEL=RATE one stream; later values win."""
+    rates = dict.fromkeys(LABELS, default)
+    for value in values:
+        label, _, number = value.rpartition("=")
+        try:
+            rate = float(number)
+        except ValueError:
+            raise ValueError(f"{number!r} is not a number of items/s") from None
+        if not rate > 0:
+            raise ValueError(f"{value!r}: a rate must be above 0")
+        if not label:
+            rates = dict.fromkeys(LABELS, rate)
+        elif label in rates:
+            rates[label] = rate
+        else:
+            raise ValueError(f"{label!r} is not one of {', '.join(LABELS)}")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:

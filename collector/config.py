@@ -144,7 +144,7 @@ class OutboxSettings:
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    max_items: int = _setting(500, _positive)
+    max_items: int = _setting(1000, _positive)
     max_bytes: int = _setting(MIB, _at_most(contract.STREAM_BODY_LIMIT_BYTES))
     max_age_seconds: float = _setting(2.0, _positive)
 

@@ -214,9 +214,17 @@ def test_an_unreachable_storage_answers_503(
     assert answer.json["stored"] == 0
 
 
-def test_concurrent_creates_of_one_name_have_exactly_one_winner(tmp_path: Path):
+@pytest.mark.parametrize(
+    "unnamed_files", [True, False], ids=["O_TMPFILE", "temporary-name"]
+)
+def test_concurrent_creates_of_one_name_have_exactly_one_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed_files: bool
+):
     import stores
 
+    if unnamed_files and not stores._tmpfile_works:
+        pytest.skip("this filesystem has no O_TMPFILE")
+    monkeypatch.setattr(stores, "_tmpfile_works", unnamed_files)
     store = stores.LocalObjectStore(tmp_path)
     results: list[bool] = []
     lock = threading.Lock()
@@ -240,6 +248,36 @@ def test_concurrent_creates_of_one_name_have_exactly_one_winner(tmp_path: Path):
     assert [p.name for p in (tmp_path / "gcs" / BUCKET / "rsvps").iterdir()] == [
         "1_1.json"
     ]
+
+
+def test_a_filesystem_without_o_tmpfile_falls_back_to_a_temporary_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import errno
+    import os
+
+    import stores
+
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("this system has no O_TMPFILE")
+    real_open = os.open
+
+    def open_without_tmpfile(path, flags, *args):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(stores, "_tmpfile_works", True)
+    monkeypatch.setattr(os, "open", open_without_tmpfile)
+    store = stores.LocalObjectStore(tmp_path)
+
+    assert store.create(BUCKET, "rsvps/1_1.json", b"first") is True
+    assert store.create(BUCKET, "rsvps/1_1.json", b"second") is False
+
+    assert stores._tmpfile_works is False
+    folder = tmp_path / "gcs" / BUCKET / "rsvps"
+    assert [p.name for p in folder.iterdir()] == ["1_1.json"]
+    assert (folder / "1_1.json").read_bytes() == b"first"
 
 
 def test_local_backend_keeps_exactly_the_cloud_storage_layout(

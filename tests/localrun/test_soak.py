@@ -28,3 +28,32 @@ def test_a_minute_of_chaos_loses_nothing(tmp_path: Path):
     assert report.faults.get("kill_trigger", 0) >= 1
     assert report.trigger_starts == 1 + report.faults["kill_trigger"]
     assert report.members_stored > 0 and report.groups_stored > 0
+
+
+def test_rates_are_given_for_every_stream_or_one_stream():
+    args = soak.parse_args(["--rate", "5", "--rate", "rsvps=50"])
+
+    assert args.rates == {
+        "rsvps": 50.0,
+        "open_events": 5.0,
+        "event_comments": 5.0,
+        "photos": 5.0,
+        "open_venues": 5.0,
+    }
+    assert soak.parse_args([]).rates["photos"] == 20.0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("rsvp=5", "'rsvp' is not one of rsvps"),
+        ("rsvps=fast", "'fast' is not a number"),
+        ("0", "a rate must be above 0"),
+    ],
+)
+def test_a_bad_rate_is_refused_with_its_reason(value: str, reason: str, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        soak.parse_args(["--rate", value])
+
+    assert exit_info.value.code == 2
+    assert reason in capsys.readouterr().err
