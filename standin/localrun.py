@@ -571,10 +571,18 @@ def summary_lines(run: LocalRun, result: dict[str, Any]) -> list[str]:
         f"  alerts:    {run.data_dir / 'alerts.jsonl'}",
         f"  logs:      {run.logs_dir}/<component>.log",
         f"  trigger state: {run.data_dir / 'state'}",
-        "read it back with: python -m standin.collected --data-dir "
+        f"read it back with: {_python_command()} -m standin.collected --data-dir "
         f"{run.options.data_dir} counts",
     ]
     return lines
+
+
+def _python_command() -> str:
+    """The interpreter running this, as a user would type it from the project."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return sys.executable
 
 
 def _served_versions(standin_url: str, label: str) -> dict[str, int]:

@@ -243,6 +243,7 @@ def test_concurrent_creates_of_one_name_have_exactly_one_winner(
         thread.join()
 
     assert sorted(results) == [False] * 15 + [True]
+    assert stores._tmpfile_works is unnamed_files  # the path under test was taken
     stored = (tmp_path / "gcs" / BUCKET / "rsvps" / "1_1.json").read_bytes()
     assert stored.startswith(b"copy ")
     assert [p.name for p in (tmp_path / "gcs" / BUCKET / "rsvps").iterdir()] == [
