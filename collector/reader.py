@@ -268,6 +268,8 @@ class StreamReader:
                 lines = self._splitter.feed(data)
                 if lines:
                     self._take_lines(lines)
+                if self._abort_reason is not None:
+                    break  # in case the socket could not be shut down
             disconnect = Disconnect("eof", "the server ended the stream")
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
             if _is_timeout(e):
@@ -476,12 +478,23 @@ def _describe(error: BaseException) -> str:
 
 def _shut_down(response: requests.Response) -> None:
     """Shut the socket under response down, waking a read blocked on it."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = _socket_of(response)
     if sock is None:
         return
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    # When the server answers "Connection: close", as a stream does, http.client
+    # lets go of the connection's socket and only the response's file object
+    # (a buffered reader over socket.SocketIO) still holds it.
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        reader = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class Watchdog:

@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 
+from collector import contract, outbox
 from standin import cloud, logsink
 from standin.functions import ServedFunction, serve_function
 
@@ -504,21 +505,25 @@ def summary_of(run: LocalRun, exit_status: int | None) -> dict[str, Any]:
     except (OSError, ValueError):
         checkpoints = {}
 
+    # Nor is an item still in the trigger's outbox: it is sent on the next start.
     streams = {}
     for label in LABELS:
         served = _served_versions(run.standin_url, label)
         missing = {n: m for n, m in served.items() if n not in stored_names[label]}
+        waiting = missing.keys() & _outbox_names(run.data_dir / "state", label)
         resume_from = (checkpoints.get(label) or {}).get("mtime")
         replayed = {
             n
             for n, mtime in missing.items()
-            if resume_from is None or mtime > resume_from - margin_ms
+            if n not in waiting
+            and (resume_from is None or mtime > resume_from - margin_ms)
         }
         streams[label] = {
             "served": len(served),
             "stored": len(stored_names[label]),
+            "in_outbox": len(waiting),
             "to_be_read_again": len(replayed),
-            "lost": len(missing) - len(replayed),
+            "lost": len(missing) - len(waiting) - len(replayed),
         }
     result = {
         "trigger_exit_status": exit_status,
@@ -549,6 +554,7 @@ def summary_lines(run: LocalRun, result: dict[str, Any]) -> list[str]:
         ]
     served = sum(s["served"] for s in streams.values())
     again = sum(s["to_be_read_again"] for s in streams.values())
+    in_outbox = sum(s["in_outbox"] for s in streams.values())
     lost = sum(s["lost"] for s in streams.values())
     lines = [
         "",
@@ -557,6 +563,11 @@ def summary_lines(run: LocalRun, result: dict[str, Any]) -> list[str]:
         "  items stored per stream: "
         + ", ".join(f"{label} {s['stored']}" for label, s in streams.items()),
         f"  distinct items served {served}, lost {lost}"
+        + (
+            f"; {in_outbox} wait in the trigger's outbox for its next start"
+            if in_outbox
+            else ""
+        )
         + (
             f"; {again} served as the trigger stopped are read again on its next "
             "start (it resumes from its checkpoint)"
@@ -583,6 +594,19 @@ def _python_command() -> str:
         return str(Path(sys.executable).relative_to(Path.cwd()))
     except ValueError:
         return sys.executable
+
+
+def _outbox_names(state_dir: Path, label: str) -> set[str]:
+    """Object names of the items the trigger holds in its outbox, not yet sent."""
+    names = set()
+    id_field = contract.ITEM_ID_FIELDS[label]
+    for segment in sorted((state_dir / "outbox" / label).glob("*")):
+        records, _ = outbox.decode_records(segment.read_bytes())
+        for record in records:
+            item_id = json.loads(record.raw).get(id_field)
+            if record.mtime is not None and item_id is not None:
+                names.add(f"{item_id}_{record.mtime}.json")
+    return names
 
 
 def _served_versions(standin_url: str, label: str) -> dict[str, int]:

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -297,6 +297,41 @@ def test_stop_ends_a_blocked_read_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2
         assert not harness.reader._thread.is_alive()
         hold.set()
+
+
+def test_stop_ends_a_stream_that_keeps_flowing_at_once(tmp_path: Path) -> None:
+    # The stream answers "Connection: close", as meetup.com's did: http.client
+    # then lets go of the connection's socket, and only the response holds it.
+    serving = threading.Event()
+    serving.set()
+
+    def endless() -> Iterator[bytes]:
+        # 40 items a second, as the stand-in serves by default in a local run.
+        pace = threading.Event()
+        rsvp_id = 0
+        while serving.is_set():
+            rsvp_id += 1
+            yield rsvp(rsvp_id, rsvp_id)
+            pace.wait(0.025)
+
+    reply = Reply(chunks=endless(), headers={"Connection": "close"})
+    with StubServer(script(reply)) as server:
+        harness = Harness(
+            tmp_path, server, reader_settings=settings(read_timeout_seconds=60)
+        )
+        harness.reader.start()
+        wait_until(lambda: harness.reader.counters.get("items") >= 10)
+        started = time.monotonic()
+
+        harness.reader.stop(timeout=5)
+        read_by_then = harness.reader.counters.get("items")
+
+        assert time.monotonic() - started < 2
+        assert not harness.reader._thread.is_alive()
+        serving.clear()
+
+    assert harness.reader.counters.get("items") == read_by_then
+    assert len(harness.items_in_outbox()) == read_by_then
 
 
 @pytest.mark.parametrize(

@@ -160,3 +160,35 @@ def test_the_emulator_run_takes_the_cloud_code_paths(
     # The objects went to fake-gcs-server, not to local files.
     assert not (data_dir / "gcs").exists()
     assert processes_mentioning(str(data_dir)) == []
+
+
+def test_items_left_in_the_outbox_are_named_as_the_function_would_store_them(
+    tmp_path: Path,
+):
+    from collector.outbox import ChunkLimits, Outbox, OutboxRecord
+    from standin import localrun
+
+    box = Outbox(
+        tmp_path / "state" / "outbox",
+        ["rsvps", "photos"],
+        ChunkLimits(max_items=2, max_bytes=1 << 20, max_age_seconds=60),
+        fsync="never",
+    )
+    box.append(
+        "rsvps",
+        [
+            OutboxRecord(1_500_000_000_000 + n, b'{"rsvp_id": %d}' % n)
+            for n in range(3)  # two segments: one full, one sealed on close
+        ],
+    )
+    box.append("photos", [OutboxRecord(None, b'{"photo_id": 9}')])
+    box.close()
+
+    assert localrun._outbox_names(tmp_path / "state", "rsvps") == {
+        "0_1500000000000.json",
+        "1_1500000000001.json",
+        "2_1500000000002.json",
+    }
+    # Without an mtime the function names an item by the time it receives it.
+    assert localrun._outbox_names(tmp_path / "state", "photos") == set()
+    assert localrun._outbox_names(tmp_path / "state", "open_events") == set()
