@@ -600,7 +600,7 @@ def _outbox_names(state_dir: Path, label: str) -> set[str]:
     """Object names of the items the trigger holds in its outbox, not yet sent."""
     names = set()
     id_field = contract.ITEM_ID_FIELDS[label]
-    for segment in sorted((state_dir / "outbox" / label).glob("*")):
+    for segment in (state_dir / "outbox" / label).glob("*"):
         records, _ = outbox.decode_records(segment.read_bytes())
         for record in records:
             item_id = json.loads(record.raw).get(id_field)

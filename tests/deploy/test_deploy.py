@@ -40,7 +40,8 @@ DATA_BUCKET = f"{PROJECT}-meetup-data"
 ERROR_BUCKET = f"{PROJECT}-meetup-error-logs"
 
 FAKE_API_KEY = "mk-3b7f-DO-NOT-PRINT-9c1d"
-FAKE_WEBHOOK = "https://hooks.slack.com/services/T0FAKE/B0FAKE/DoNotPrint42"
+FAKE_WEBHOOK_HOST = "webhook.example.invalid"
+FAKE_WEBHOOK = f"https://{FAKE_WEBHOOK_HOST}/services/fake/DoNotPrint42"
 
 HTTP_FUNCTIONS = ("save_stream_data", "save_member_data", "save_group_data")
 ALL_FUNCTIONS = (*HTTP_FUNCTIONS, "report_slack")
@@ -301,7 +302,7 @@ def test_secret_values_from_the_environment_are_never_printed(plan_run):
 
     assert FAKE_API_KEY not in output
     assert FAKE_WEBHOOK not in output
-    assert "hooks.slack.com" not in output
+    assert FAKE_WEBHOOK_HOST not in output
     assert "[value of $MEETUP_API_KEY, not shown]" in output
     assert "[value of $SLACK_WEBHOOK_URL, not shown]" in output
 
